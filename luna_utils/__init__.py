@@ -1,0 +1,1 @@
+"""Helpers for the LUNA16 lung-nodule detection tutorial."""
