@@ -74,7 +74,7 @@ def display_path(path: str | Path) -> str:
 
 
 def is_sample(root: str | Path) -> bool:
-    """Return whether a dataset folder holds the synthetic sample (it has the sample marker)."""
+    """Return whether a dataset folder contains the synthetic sample (it has the sample marker)."""
     return (Path(root) / SAMPLE_MARKER).is_file()
 
 
@@ -114,7 +114,7 @@ def resolve_data_dir(path: str | Path | None = None, *, generate: bool = True) -
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a run's dataset is, for the note at the top of each notebook.
+    """Description of a run's dataset, shown at the top of each notebook.
 
     Attributes:
         root: The dataset folder.
