@@ -112,7 +112,7 @@ def resolve_data_dir(path: str | Path | None = None, *, generate: bool = True) -
     return chosen.resolve()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class DataInfo:
     """Description of a run's dataset, shown at the top of each notebook.
 
@@ -151,6 +151,13 @@ class DataInfo:
 
     def _repr_markdown_(self) -> str:
         return self.note()
+
+    def __repr__(self) -> str:
+        # Shown as plain text in saved notebooks, so the path is never absolute.
+        return (
+            f"DataInfo(root={display_path(self.root)!r}, synthetic={self.synthetic}, "
+            f"n_scans={self.n_scans}, subsets={self.subsets})"
+        )
 
 
 def describe_data(root: str | Path | None = None) -> DataInfo:
