@@ -98,10 +98,11 @@ def resolve_data_dir(path: str | Path | None = None, *, generate: bool = True) -
     else:
         chosen = default_sample_dir()
         if generate and not is_sample(chosen):
-            from luna_utils.sample import generate_sample
+            # The sample is written both extracted and as the Zenodo archives, so notebook 00 can
+            # run the real download, verify and extract steps offline.
+            from luna_utils.acquire.mirror import ensure_sample_mirror
 
-            logger.info("Generating the synthetic sample in %s", display_path(chosen))
-            generate_sample(chosen)
+            ensure_sample_mirror(chosen)
         return chosen.resolve()
 
     if not chosen.is_dir():

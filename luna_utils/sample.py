@@ -486,12 +486,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder (absent, empty, or an earlier sample)")
     parser.add_argument("--scans", type=int, default=DEFAULT_N_SCANS, help="number of scans (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    parser.add_argument(
+        "--mirror",
+        type=Path,
+        help="also pack the sample as the Zenodo archives plus manifest.csv in this folder",
+    )
     arguments = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
     try:
         generate_sample(arguments.out, n_scans=arguments.scans, seed=arguments.seed)
+        if arguments.mirror is not None:
+            from luna_utils.acquire.mirror import write_mirror
+
+            manifest = write_mirror(arguments.out, arguments.mirror)
+            print(f"Packed the sample as archives; manifest: {manifest}")
     except DatasetError as error:
         parser.exit(2, f"error: {error}\n")
     print(f"Wrote {arguments.scans} synthetic scans to {arguments.out} in {time.perf_counter() - started:.1f} s.")
