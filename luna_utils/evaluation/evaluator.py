@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from luna_utils.evaluation.tables import (
     read_seriesuids,
     read_table,
 )
+from luna_utils.evaluation.uid_groups import scan_codes
 from luna_utils.evaluation.warning_types import (
     ScansWithoutMarksWarning,
     TiedAtCapWarning,
@@ -169,36 +171,23 @@ def _evaluate_checked(
     """Run the evaluation on validated tables."""
     n_scans = len(uids)
     scan_index = pd.Index(uids)
-
-    # Marks of evaluated scans; the others are ignored, as in the official script.
-    mark_scans = scan_index.get_indexer(submission["seriesuid"])
-    listed = mark_scans >= 0
-    check_seriesuid_values(submission, "submission", rows=~listed)
-    _warn_about_coverage(submission, listed, mark_scans, uids)
-
-    # The per-scan cap, applied to the marks of evaluated scans only.
-    listed_rows = np.flatnonzero(listed)
-    probabilities = submission["probability"].to_numpy()
-    cap = rules.apply_cap(mark_scans[listed_rows], probabilities[listed_rows], max_marks_per_scan)
-    if cap.tied_marks_dropped:
-        _warn_about_ties(cap, max_marks_per_scan)
-    kept_rows = listed_rows[cap.keep]
+    marks = _kept_marks(submission, scan_index, max_marks_per_scan)
 
     # Findings of evaluated scans.
-    nodules, nodule_scans = _findings_in(annotations, scan_index)
-    excluded, excluded_scans = _findings_in(excluded, scan_index)
+    nodule_rows, nodule_scans = _findings_in(annotations, scan_index)
+    nodules = annotations.iloc[nodule_rows].reset_index(drop=True)
+    excluded_rows, excluded_scans = _findings_in(excluded, scan_index)
 
-    xyz = submission[list(COORD_COLUMNS)].to_numpy()
     match = rules.match_marks(
-        mark_scans[kept_rows],
-        xyz[kept_rows],
-        probabilities[kept_rows],
+        marks.scans,
+        marks.xyz_mm,
+        marks.probabilities,
         nodule_scans,
-        nodules[list(COORD_COLUMNS)].to_numpy(),
+        _column_stack(nodules, COORD_COLUMNS),
         nodules["diameter_mm"].to_numpy(),
         excluded_scans,
-        excluded[list(COORD_COLUMNS)].to_numpy(),
-        excluded["diameter_mm"].to_numpy(),
+        _column_stack(excluded, COORD_COLUMNS, excluded_rows),
+        excluded["diameter_mm"].to_numpy()[excluded_rows],
     )
 
     # FROC entries: one score per detected nodule, one per false-positive mark.
@@ -207,8 +196,8 @@ def _evaluate_checked(
     entries = FrocEntries(
         tp_scores=match.nodule_score[detected],
         tp_scans=nodule_scans[detected],
-        fp_scores=probabilities[kept_rows][is_fp],
-        fp_scans=mark_scans[kept_rows][is_fp],
+        fp_scores=marks.probabilities[is_fp],
+        fp_scans=marks.scans[is_fp],
         nodules_per_scan=np.bincount(nodule_scans, minlength=n_scans),
     )
     if len(nodules) == 0:
@@ -229,12 +218,12 @@ def _evaluate_checked(
         fp=int(is_fp.sum()),
         fn=int((~detected).sum()),
         n_nodules=len(nodules),
-        n_marks=len(kept_rows),
+        n_marks=len(marks.rows),
         ignored_on_excluded=int((match.mark_outcome == rules.EXCLUDED).sum()),
         double_detections=int(np.maximum(match.nodule_hits - 1, 0).sum()),
-        dropped_by_cap=len(listed_rows) - len(kept_rows),
+        dropped_by_cap=marks.n_listed - len(marks.rows),
         n_scans=n_scans,
-        unlisted_marks=int((~listed).sum()),
+        unlisted_marks=marks.n_unlisted,
         max_marks_per_scan=max_marks_per_scan,
         used_excluded=used_excluded,
         fps_per_scan=fps,
@@ -244,7 +233,7 @@ def _evaluate_checked(
         cpm=cpm,
         bootstrap=bootstrap_result,
         nodules=_nodule_table(nodules, match),
-        marks=_mark_table(submission, listed_rows, kept_rows, match),
+        marks=_mark_table(submission, marks, match),
     )
     logger.info(
         "Evaluated %d marks on %d scan(s): %d of %d nodules hit, %d false positives, CPM %.4f",
@@ -258,36 +247,105 @@ def _evaluate_checked(
     return result
 
 
-def _findings_in(table: pd.DataFrame, scan_index: pd.Index) -> tuple[pd.DataFrame, np.ndarray]:
-    """Return the rows of a findings table that belong to evaluated scans, and their scan codes."""
-    scans = scan_index.get_indexer(table["seriesuid"])
-    listed = scans >= 0
-    return table[listed].reset_index(drop=True), scans[listed]
+@dataclass(frozen=True)
+class _KeptMarks:
+    """The marks of evaluated scans that the cap keeps, as arrays in submission order.
+
+    Attributes:
+        rows: Shape (K,), positions of the kept marks in the submission.
+        scans: Shape (K,), scan code per kept mark.
+        probabilities: Shape (K,).
+        xyz_mm: Shape (K, 3), world (x, y, z) mm.
+        listed_rows: Positions of the marks of evaluated scans; None when that is every row.
+        n_listed: Marks of evaluated scans, before the cap.
+        n_unlisted: Marks of other scans, ignored.
+    """
+
+    rows: np.ndarray
+    scans: np.ndarray
+    probabilities: np.ndarray
+    xyz_mm: np.ndarray
+    listed_rows: np.ndarray | None
+    n_listed: int
+    n_unlisted: int
 
 
-def _warn_about_coverage(submission: pd.DataFrame, listed: np.ndarray, mark_scans: np.ndarray, uids: list[str]) -> None:
-    """Warn about unlisted marks and about listed scans without marks."""
-    if not listed.all():
-        unlisted = submission.loc[~listed, "seriesuid"].unique()
-        message = (
-            f"{int((~listed).sum())} mark(s) belong to {len(unlisted)} scan(s) outside the evaluated "
-            f"list ({_some_ids(unlisted)}); they are ignored. Check that the scan list matches the "
-            "scans you predicted on."
-        )
-        logger.warning(message)
-        warnings.warn(message, UnlistedMarksWarning, stacklevel=4)
+def _kept_marks(submission: pd.DataFrame, scan_index: pd.Index, max_marks_per_scan: int | None) -> _KeptMarks:
+    """Select the marks of evaluated scans, apply the cap, and warn about what gets left out."""
+    n_scans = len(scan_index)
 
-    marked = np.zeros(len(uids), dtype=bool)
-    marked[mark_scans[listed]] = True
-    if not marked.all():
-        unmarked = [uid for uid, has in zip(uids, marked) if not has]
-        message = (
-            f"{len(unmarked)} of {len(uids)} evaluated scan(s) have no marks ({_some_ids(unmarked)}): "
-            "their nodules all count as missed. If the scan list is larger than the set you "
-            "predicted on, pass only the scans you predicted on."
-        )
-        logger.warning(message)
-        warnings.warn(message, ScansWithoutMarksWarning, stacklevel=4)
+    # Marks of evaluated scans; the others are ignored, as in the official script. The slice
+    # selects every row without copying when all rows belong to evaluated scans.
+    mark_scans = scan_codes(submission["seriesuid"], scan_index)
+    n_unlisted = 0
+    listed_rows: slice | np.ndarray = slice(None)
+    if len(mark_scans) and mark_scans.min() < 0:
+        unlisted = mark_scans < 0
+        n_unlisted = int(np.count_nonzero(unlisted))
+        check_seriesuid_values(submission, "submission", rows=unlisted)
+        _warn_about_unlisted(submission, unlisted)
+        listed_rows = np.flatnonzero(~unlisted)
+    listed_scans = mark_scans[listed_rows]
+    probabilities = submission["probability"].to_numpy()
+    _warn_about_unmarked(np.bincount(listed_scans, minlength=n_scans), scan_index)
+
+    # The per-scan cap, applied to the marks of evaluated scans only.
+    cap = rules.apply_cap(listed_scans, probabilities[listed_rows], max_marks_per_scan, n_scans)
+    if cap.tied_marks_dropped:
+        _warn_about_ties(cap, max_marks_per_scan)
+    kept_rows = np.flatnonzero(cap.keep)
+    if n_unlisted:
+        kept_rows = listed_rows[kept_rows]
+
+    return _KeptMarks(
+        rows=kept_rows,
+        scans=mark_scans[kept_rows],
+        probabilities=probabilities[kept_rows],
+        xyz_mm=_column_stack(submission, COORD_COLUMNS, kept_rows),
+        listed_rows=listed_rows if n_unlisted else None,
+        n_listed=len(listed_scans),
+        n_unlisted=n_unlisted,
+    )
+
+
+def _findings_in(table: pd.DataFrame, scan_index: pd.Index) -> tuple[np.ndarray, np.ndarray]:
+    """Return the positions of the findings of evaluated scans in a table, and their scan codes."""
+    scans = scan_codes(table["seriesuid"], scan_index)
+    rows = np.flatnonzero(scans >= 0)
+    return rows, scans[rows]
+
+
+def _column_stack(table: pd.DataFrame, columns: tuple[str, ...], rows: np.ndarray | None = None) -> np.ndarray:
+    """Return the given rows (all when None) of some float columns as one (rows, columns) array."""
+    if rows is None:
+        return np.column_stack([table[column].to_numpy() for column in columns])
+    return np.column_stack([table[column].to_numpy()[rows] for column in columns])
+
+
+def _warn_about_unlisted(submission: pd.DataFrame, unlisted: np.ndarray) -> None:
+    """Warn about marks of scans outside the evaluated list."""
+    uids = submission.loc[unlisted, "seriesuid"].unique()
+    message = (
+        f"{int(unlisted.sum())} mark(s) belong to {len(uids)} scan(s) outside the evaluated "
+        f"list ({_some_ids(uids)}); they are ignored. Check that the scan list matches the "
+        "scans you predicted on."
+    )
+    logger.warning(message)
+    warnings.warn(message, UnlistedMarksWarning, stacklevel=5)
+
+
+def _warn_about_unmarked(marks_per_scan: np.ndarray, uids: pd.Index) -> None:
+    """Warn about evaluated scans without marks."""
+    if marks_per_scan.all():
+        return
+    unmarked = [uid for uid, count in zip(uids, marks_per_scan) if count == 0]
+    message = (
+        f"{len(unmarked)} of {len(uids)} evaluated scan(s) have no marks ({_some_ids(unmarked)}): "
+        "their nodules all count as missed. If the scan list is larger than the set you "
+        "predicted on, pass only the scans you predicted on."
+    )
+    logger.warning(message)
+    warnings.warn(message, ScansWithoutMarksWarning, stacklevel=5)
 
 
 def _warn_about_ties(cap: rules.CapResult, max_marks: int) -> None:
@@ -298,7 +356,7 @@ def _warn_about_ties(cap: rules.CapResult, max_marks: int) -> None:
         f"above that probability. Submit at most {max_marks} marks per scan, or break ties."
     )
     logger.warning(message)
-    warnings.warn(message, TiedAtCapWarning, stacklevel=4)
+    warnings.warn(message, TiedAtCapWarning, stacklevel=5)
 
 
 def _nodule_table(nodules: pd.DataFrame, match: rules.MatchResult) -> pd.DataFrame:
@@ -309,12 +367,15 @@ def _nodule_table(nodules: pd.DataFrame, match: rules.MatchResult) -> pd.DataFra
     return table
 
 
-def _mark_table(
-    submission: pd.DataFrame, listed_rows: np.ndarray, kept_rows: np.ndarray, match: rules.MatchResult
-) -> pd.DataFrame:
-    codes = np.full(len(submission), len(rules.OUTCOME_NAMES), dtype=np.int8)
-    codes[listed_rows] = rules.DROPPED_BY_CAP
-    codes[kept_rows] = match.mark_outcome
+def _mark_table(submission: pd.DataFrame, marks: _KeptMarks, match: rules.MatchResult) -> pd.DataFrame:
+    """Add the `outcome` column to the checked submission."""
+    unlisted_code = len(rules.OUTCOME_NAMES)
+    if marks.listed_rows is None:
+        codes = np.full(len(submission), rules.DROPPED_BY_CAP, dtype=np.int8)
+    else:
+        codes = np.full(len(submission), unlisted_code, dtype=np.int8)
+        codes[marks.listed_rows] = rules.DROPPED_BY_CAP
+    codes[marks.rows] = match.mark_outcome
     names = list(rules.OUTCOME_NAMES) + [UNLISTED]
     # The checked submission is this call's own copy, so the column is added without copying again.
     submission["outcome"] = pd.Categorical.from_codes(codes, categories=names)

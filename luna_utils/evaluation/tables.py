@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from luna_utils.errors import DatasetError
+from luna_utils.evaluation.uid_groups import distinct_uids
 
 COORD_COLUMNS = ("coordX", "coordY", "coordZ")
 SUBMISSION_COLUMNS = ("seriesuid", *COORD_COLUMNS, "probability")
@@ -94,7 +95,7 @@ def check_seriesuid_values(table: pd.DataFrame, source: TableSource | str, rows:
     empty = uids.isna().to_numpy()
     if not empty.any():
         # Blank ids are rare: look for them among the distinct values, far fewer than the rows.
-        blank = [uid for uid in pd.unique(uids) if str(uid).strip() == ""]
+        blank = [uid for uid in distinct_uids(uids) if str(uid).strip() == ""]
         empty = uids.isin(blank).to_numpy() if blank else empty
     if empty.any():
         position = int(np.flatnonzero(empty)[0]) if rows is None else int(np.flatnonzero(rows)[np.flatnonzero(empty)[0]])
@@ -243,8 +244,21 @@ def _check_table(table: pd.DataFrame, columns: tuple[str, ...], source: TableSou
         frame["seriesuid"] = frame["seriesuid"].astype(str)
 
     for column in columns[1:]:
-        frame[column] = _finite_column(frame[column], column, source, table)
+        if not _is_finite_float64(frame[column]):
+            frame[column] = _finite_column(frame[column], column, source, table)
     return frame
+
+
+def _is_finite_float64(values: pd.Series) -> bool:
+    """Return True for a NumPy float64 column of finite values, which needs no conversion.
+
+    A sum is finite only if every value is, so one pass with no temporary array decides the
+    common case. A sum that overflows returns False, and `_finite_column` then checks each value.
+    """
+    if values.dtype != np.float64:
+        return False
+    with np.errstate(over="ignore", invalid="ignore"):
+        return bool(np.isfinite(values.to_numpy().sum()))
 
 
 def _finite_column(values: pd.Series, column: str, source: TableSource, table: pd.DataFrame) -> pd.Series:
