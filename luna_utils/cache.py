@@ -35,8 +35,8 @@ from numpy.typing import ArrayLike, NDArray
 
 from luna_utils import geometry, lungs
 from luna_utils.dataset import display_path, list_scans, work_dir
-from luna_utils.errors import DatasetError, LunaError, MhdError
-from luna_utils.mhd import check_data_file, read_header
+from luna_utils.errors import DatasetError, LunaError
+from luna_utils.mhd import read_image
 from luna_utils.progress import progress
 from luna_utils.resample import ImageGrid, as_spacing, output_grid, resample_to_grid
 
@@ -209,17 +209,8 @@ def preprocess_scan_with_mask(
         MhdError: If the scan cannot be read.
     """
     params = PreprocessParams.coerce(params)
-    header = read_header(path)
-    check_data_file(header)
-
     # Resample straight from SimpleITK's buffer, so the input is held in memory once.
-    try:
-        image = sitk.ReadImage(str(header.path))
-    except RuntimeError as error:
-        raise MhdError(
-            f"{header.path}: SimpleITK could not read the voxels: {error}. The data file may be "
-            "damaged; download or extract it again."
-        ) from error
+    header, image = read_image(path)
     source = ImageGrid.of_image(image)
     target = output_grid(source, params.spacing_xyz_mm)
     resampled = resample_to_grid(

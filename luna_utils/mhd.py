@@ -274,6 +274,32 @@ class CtScan:
         return image
 
 
+def read_image(path: str | Path) -> tuple[MhdHeader, sitk.Image]:
+    """Read a scan as a SimpleITK image, after checking its header and data file.
+
+    Args:
+        path: A `.mhd` (with its data file beside it) or `.mha` file.
+
+    Returns:
+        The header and the image; voxels stay in SimpleITK's buffer, (x, y, z) indexed.
+
+    Raises:
+        MhdError: On a wrong suffix, a missing or truncated data file, a non-3-D image, or data
+            SimpleITK cannot decode.
+    """
+    header = read_header(path)
+    check_data_file(header)
+
+    try:
+        image = sitk.ReadImage(str(header.path))
+    except RuntimeError as error:
+        raise MhdError(
+            f"{header.path}: SimpleITK could not read the voxels from {header.data_file.name}: "
+            f"{error}. The data file may be damaged; download or extract it again."
+        ) from error
+    return header, image
+
+
 def read_scan(path: str | Path) -> CtScan:
     """Read a CT scan: its voxels in (z, y, x) order and its world geometry.
 
@@ -290,16 +316,7 @@ def read_scan(path: str | Path) -> CtScan:
         MhdError: On a wrong suffix, a missing or truncated data file, a non-3-D image, or data
             SimpleITK cannot decode.
     """
-    header = read_header(path)
-    check_data_file(header)
-
-    try:
-        image = sitk.ReadImage(str(header.path))
-    except RuntimeError as error:
-        raise MhdError(
-            f"{header.path}: SimpleITK could not read the voxels from {header.data_file.name}: "
-            f"{error}. The data file may be damaged; download or extract it again."
-        ) from error
+    header, image = read_image(path)
     if image.GetDimension() != 3:
         raise MhdError(f"{header.path}: the image has {image.GetDimension()} dimensions, not 3.")
 

@@ -90,15 +90,7 @@ def scan_statistics(mhd_path: str | Path, subset: int = -1) -> ScanStatistics:
         MhdError: If the header or data file is missing, truncated or unreadable, or the voxels
             are not integers.
     """
-    header = mhd.read_header(mhd_path)
-    mhd.check_data_file(header)
-    try:
-        image = sitk.ReadImage(str(header.path))
-    except RuntimeError as error:
-        raise MhdError(
-            f"{header.path}: SimpleITK could not read the voxels from {header.data_file.name}: "
-            f"{error}. The data file may be damaged; download or extract it again."
-        ) from error
+    header, image = mhd.read_image(mhd_path)
 
     try:
         counts = histograms.value_counts(sitk.GetArrayViewFromImage(image))
