@@ -212,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", type=Path, help="dataset folder (default: LUNA16_DIR, else the sample)")
     parser.add_argument("--output", type=Path, help="folder for executed notebooks (default: in place)")
     parser.add_argument(
-        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="time limit per notebook, in seconds"
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="time limit per notebook, in seconds (default: %(default)s)"
     )
     return parser
 

@@ -20,7 +20,6 @@ import sys
 import warnings
 from pathlib import Path
 
-from luna_utils.dataset import display_path
 from luna_utils.errors import LunaError
 from luna_utils.evaluation.evaluator import evaluate_files
 from luna_utils.evaluation.report import write_outputs
@@ -96,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(result.summary())
         for kind, path in paths.items():
-            print(f"Wrote {kind}: {display_path(path)}")
+            print(f"Wrote {kind}: {path}")
     return 0
 
 
