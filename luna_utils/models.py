@@ -49,9 +49,12 @@ class CnnConfig:
         weight_average: Momentum of the exponential moving average of the weights that
             validation, checkpoints and the final model use (Polyak averaging, Keras'
             `use_ema`); it smooths the epoch-to-epoch jumps of a short run. None turns it off.
-        norm_momentum: Momentum of the batch normalisation moving averages. Keras' default,
-            0.99, needs several hundred steps to forget the initial statistics, longer than a
-            short CPU run lasts, so validation would see badly normalised features.
+        norm_momentum: Momentum of the batch normalisation moving averages. Keras' weight
+            averaging covers trainable weights only, so validation pairs the averaged weights
+            with these statistics of the raw weights. At 0.99 they average about 100 steps,
+            close to the 50-step horizon of `weight_average=0.98`; at 0.9 they follow the last
+            10 batches, and on the synthetic dev sample the validation AUC then jumped by up to
+            0.07 between epochs, so early stopping picked an epoch by chance.
     """
 
     input_size: int = 32
@@ -61,7 +64,7 @@ class CnnConfig:
     dense_units: int = 32
     dropout: float = 0.1
     learning_rate: float = 2e-3
-    norm_momentum: float = 0.9
+    norm_momentum: float = 0.99
     head: str = "centre_and_average"
     weight_average: float | None = 0.98
 
@@ -80,6 +83,8 @@ class CnnConfig:
             raise LunaError(f"head must be one of {HEADS}; got {self.head!r}.")
         if self.weight_average is not None and not 0.0 < self.weight_average < 1.0:
             raise LunaError(f"weight_average must be in (0, 1) or None; got {self.weight_average}.")
+        if not 0.0 < self.norm_momentum < 1.0:
+            raise LunaError(f"norm_momentum must be in (0, 1); got {self.norm_momentum}.")
         if not 0.0 <= self.dropout < 1.0:
             raise LunaError(f"dropout must be in [0, 1); got {self.dropout}.")
 

@@ -76,6 +76,20 @@ def test_cnn_weight_average_setting():
         CnnConfig(weight_average=1.0)
 
 
+def test_cnn_norm_momentum_matches_averaging():
+    config = CnnConfig()
+    norm_steps = 1.0 / (1.0 - config.norm_momentum)
+    average_steps = 1.0 / (1.0 - config.weight_average)
+
+    model = build_cnn(CnnConfig(input_size=16, width=2, depth=2, norm_momentum=0.95))
+
+    assert norm_steps >= average_steps
+    assert model.get_layer("norm1_1").momentum == pytest.approx(0.95)
+    assert model.get_layer("norm2_1").momentum == pytest.approx(0.95)
+    with pytest.raises(LunaError, match="norm_momentum"):
+        CnnConfig(norm_momentum=1.0)
+
+
 def test_callbacks_swap_averaged_weights_first(tmp_path):
     averaged = make_callbacks(tmp_path, TrainConfig(), averaged_weights=True)
     plain = make_callbacks(tmp_path, TrainConfig(), averaged_weights=False)
