@@ -178,17 +178,25 @@ def run_tutorial(
     root = resolve_data_dir(data_dir)
 
     # Kernels inherit this process's environment: they see the same dataset and write plain
-    # progress bars, which read well in a saved notebook.
+    # progress bars, which read well in a saved notebook. The caller's values are restored after.
+    saved = {name: os.environ.get(name) for name in (ENV_DATA_DIR, ENV_PLAIN_PROGRESS)}
     os.environ[ENV_DATA_DIR] = str(root)
     os.environ[ENV_PLAIN_PROGRESS] = "1"
     logger.info("Running %d notebook(s) on %s", len(notebooks), display_path(root))
 
     timings = []
-    for path in progress(notebooks, desc="notebooks", unit="notebook"):
-        target = Path(output_dir) / path.name if output_dir else path
-        timing = run_notebook(path, target, timeout_s)
-        logger.info("%s finished in %.1f s", path.name, timing.seconds)
-        timings.append(timing)
+    try:
+        for path in progress(notebooks, desc="notebooks", unit="notebook"):
+            target = Path(output_dir) / path.name if output_dir else path
+            timing = run_notebook(path, target, timeout_s)
+            logger.info("%s finished in %.1f s", path.name, timing.seconds)
+            timings.append(timing)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
     return timings
 
 

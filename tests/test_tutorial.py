@@ -1,5 +1,7 @@
 """Tests for the notebook runner on small throwaway notebooks."""
 
+import os
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -63,3 +65,17 @@ def test_format_timings_totals():
     )
     assert "| 00_a.ipynb | 3 | 1.2 |" in table or "| 00_a.ipynb | 3 | 1.3 |" in table
     assert table.splitlines()[-1] == "| total | 7 | 3.2 |"
+
+
+@pytest.mark.slow
+def test_run_tutorial_restores_environment(fake_notebooks, tmp_path, monkeypatch):
+    monkeypatch.delenv(tutorial.ENV_DATA_DIR, raising=False)
+    monkeypatch.setenv(tutorial.ENV_PLAIN_PROGRESS, "keep")
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+
+    tutorial.run_tutorial(only=["00"], data_dir=data_dir, output_dir=tmp_path / "out", timeout_s=120)
+
+    assert tutorial.ENV_DATA_DIR not in os.environ
+    assert os.environ[tutorial.ENV_PLAIN_PROGRESS] == "keep"
+    assert (tmp_path / "out" / "00_good.ipynb").is_file()
