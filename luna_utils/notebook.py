@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 
 import numpy as np
@@ -11,6 +12,14 @@ from luna_utils.dataset import DataInfo, describe_data
 
 # Figures are stored as PNG at this resolution so each rendered notebook stays small.
 FIGURE_DPI = 80
+
+# Set by the tutorial runner while it executes notebooks without a person at the keyboard.
+ENV_BATCH_RUN = "LUNA_UTILS_BATCH_RUN"
+
+
+def is_batch_run() -> bool:
+    """Return whether notebooks are being executed by the tutorial runner, not interactively."""
+    return bool(os.environ.get(ENV_BATCH_RUN))
 
 
 def setup_notebook(seed: int = 0, data_dir=None) -> DataInfo:

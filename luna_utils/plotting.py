@@ -13,6 +13,7 @@ labels the scale in HU.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -25,6 +26,7 @@ from luna_utils.errors import GeometryError, LunaError
 from luna_utils.mhd import CtScan
 from luna_utils.overlays import OverlayCircle
 
+logger = logging.getLogger(__name__)
 
 class Window(NamedTuple):
     """A HU display window: the level (centre) and the width, both in HU."""
@@ -461,10 +463,14 @@ def browse_slices(
             middle slice.
 
     Returns:
-        An `ipywidgets.interactive` widget.
+        An `ipywidgets.interactive` widget. In a run by the tutorial runner (`is_batch_run()`),
+        the first slice is drawn as a static figure instead and None is returned, because nbclient
+        can wait forever on a cell that displays an interactive widget.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
+
+    from luna_utils.notebook import is_batch_run
 
     n_slices = scan.shape_zyx[overlays.get_view(view).slice_axis]
     centers, _ = nodule_arrays(nodules, scan.seriesuid)
@@ -478,6 +484,11 @@ def browse_slices(
     def draw(index: int, hu_window: str) -> None:
         show_slice(scan, view, index, window=hu_window, nodules=nodules)
         plt.show()
+
+    if is_batch_run():
+        logger.info("Batch run: showing slice %d as a static figure instead of the slice browser.", start)
+        show_slice(scan, view, start, window=window, nodules=nodules)
+        return None
 
     return widgets.interactive(
         draw,

@@ -24,6 +24,7 @@ from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
 from luna_utils.dataset import ENV_DATA_DIR, display_path, repo_root, resolve_data_dir
 from luna_utils.errors import LunaError
+from luna_utils.notebook import ENV_BATCH_RUN
 from luna_utils.progress import ENV_PLAIN_PROGRESS, progress
 
 logger = logging.getLogger(__name__)
@@ -178,10 +179,12 @@ def run_tutorial(
     root = resolve_data_dir(data_dir)
 
     # Kernels inherit this process's environment: they see the same dataset and write plain
-    # progress bars, which read well in a saved notebook. The caller's values are restored after.
-    saved = {name: os.environ.get(name) for name in (ENV_DATA_DIR, ENV_PLAIN_PROGRESS)}
+    # progress bars, which read well in a saved notebook, and interactive widgets are drawn as
+    # static figures. The caller's values are restored after.
+    saved = {name: os.environ.get(name) for name in (ENV_DATA_DIR, ENV_PLAIN_PROGRESS, ENV_BATCH_RUN)}
     os.environ[ENV_DATA_DIR] = str(root)
     os.environ[ENV_PLAIN_PROGRESS] = "1"
+    os.environ[ENV_BATCH_RUN] = "1"
     logger.info("Running %d notebook(s) on %s", len(notebooks), display_path(root))
 
     timings = []

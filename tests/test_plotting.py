@@ -353,6 +353,23 @@ def test_browse_slices_starts_on_nodule():
     assert menu.value == "lung"
 
 
+def test_browse_slices_static_in_batch_run(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from luna_utils.notebook import ENV_BATCH_RUN
+
+    monkeypatch.setenv(ENV_BATCH_RUN, "1")
+    scan = _scan()
+    center_xyz_mm = scan.voxel_to_world([6, 5, 3])
+    plt.close("all")
+
+    browser = plotting.browse_slices(scan, nodules=_nodule_table(center_xyz_mm, 3.0))
+
+    assert browser is None
+    assert len(plt.get_fignums()) == 1
+    plt.close("all")
+
+
 @pytest.mark.parametrize("direction", [np.eye(3), FLIPPED], ids=["normal", "flipped"])
 def test_surface_mesh_sphere_in_world_mm(direction):
     shape_zyx = (20, 40, 40)
