@@ -200,7 +200,7 @@ def preprocess_scan_with_mask(
         params: Preprocessing parameters; None uses the defaults.
 
     Returns:
-        The preprocessed scan. Its geometry holds `seriesuid`, the resampled full grid
+        The preprocessed scan. Its geometry contains `seriesuid`, the resampled full grid
         (`origin_xyz_mm`, `spacing_xyz_mm`, `direction`, `full_shape_zyx`), `crop_offset_zyx`,
         `shape_zyx` (the cropped shape), `original` (the scan's own grid), `lungs_found` and
         `lung_voxels`.
@@ -745,7 +745,7 @@ def build_cache(
         DatasetError: If a requested seriesuid is not on disk.
 
     NOTE: The local cluster starts worker processes with the "spawn" method, which imports the
-    calling script again; a script (not a notebook) must call `build_cache` under
+    calling script again. A script (not a notebook) must therefore call `build_cache` under
     `if __name__ == "__main__":`.
     """
     params = PreprocessParams.coerce(

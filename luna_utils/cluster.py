@@ -131,8 +131,8 @@ def plan_cluster(
 
     Args:
         largest_scan_bytes: Uncompressed size of the largest scan, bytes.
-        total_memory_bytes: Machine memory; None asks Dask (which respects container limits).
-        cores: CPU cores; None asks Dask (which respects CPU affinity and container limits).
+        total_memory_bytes: Machine memory; None queries Dask (which respects container limits).
+        cores: CPU cores; None queries Dask (which respects CPU affinity and container limits).
 
     Returns:
         The plan. When even one worker does not fit, the plan still has one worker and a

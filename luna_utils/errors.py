@@ -1,6 +1,6 @@
 """Exceptions raised by luna_utils.
 
-Every error names the file or value at fault and says what to do next. All of them derive from
+Every error names the file or value at fault and tells the caller what to do next. All of them derive from
 `LunaError`, so a caller can catch the package's errors in one place.
 """
 

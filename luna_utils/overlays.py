@@ -1,4 +1,4 @@
-"""Where a CT view lies in world millimetres, and where nodules cut it: pure geometry, no drawing.
+"""Placement of CT views in world millimetres and of nodule cross-sections on them, without drawing.
 
 `luna_utils.plotting` draws with these helpers; tests call them directly to check positions by
 coordinates.
@@ -244,7 +244,7 @@ def max_intensity_projection(
 
 @dataclass(frozen=True)
 class OverlayCircle:
-    """Where one nodule cuts a view, in world millimetres and in slice pixels.
+    """Cross-section of one nodule with a view, in world millimetres and in slice pixels.
 
     Attributes:
         nodule: Position (0-based) of the nodule in the table or arrays passed in.

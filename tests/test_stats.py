@@ -307,7 +307,8 @@ def test_graph_has_one_read_per_scan_and_a_tree(dataset):
     assert len(summaries) == 3
     assert sum(line.startswith("scan-statistics-") for line in lines) == 3
     assert sum(line.startswith("sum-value-counts-") for line in lines) == 3  # 3 -> 2 -> 1
-    assert lines[0].startswith("scan-statistics-") and "= scan_statistics(file on disk)" in lines[0]
+    assert lines[0].startswith("scan-statistics-")
+    assert "= scan_statistics(file on disk)" in lines[0]
     assert lines[-1].startswith("sum-value-counts-1-0-")
     with pytest.raises(Exception, match="fan_in >= 2"):
         stats.statistics_graph(scan_table, fan_in=1)

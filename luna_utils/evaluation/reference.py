@@ -153,7 +153,7 @@ def _distance_squared(mark: tuple[float, float, float, float], x: float, y: floa
 
 
 def _froc(entries: list[tuple[int, float]], n_scans: int, n_nodules: int) -> tuple[np.ndarray, np.ndarray]:
-    """The official computeFROC: sklearn's ROC curve, rescaled to false positives per scan."""
+    """Compute the FROC as the official computeFROC does: sklearn's ROC curve, rescaled to false positives per scan."""
     labels = [label for label, _ in entries]
     scores = [score for _, score in entries]
     n_tp = sum(labels)
